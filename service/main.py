@@ -1,0 +1,236 @@
+"""Application factory; `uvicorn service.main:app` serves the default settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__, metrics
+from service.batching import BatcherPool
+from service.config import Settings
+from service.deps import require_api_key
+from service.registry import ModelRegistry, resolve_device
+from service.routes import explain, health, models, web
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's own request id is kept when it is short and harmless in logs.
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_EXPLAIN_PREFIX = "/explain/"
+
+
+def configure_logging(level: str) -> None:
+    """Give the service's loggers a level, and a handler when nothing set one up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("service").setLevel(level)
+
+
+class RequestContextMiddleware:
+    """Give every request an id, log unhandled errors and record explain metrics.
+
+    The id comes from the client's `X-Request-ID` when that is a plain token,
+    else it is a new UUID; it is returned in the `X-Request-ID` header and in
+    every error body.
+    """
+
+    def __init__(self, app: ASGIApp, get_state) -> None:
+        self.app = app
+        self.get_state = get_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})
+        scope["state"]["request_id"] = request_id
+        scope["state"]["started"] = started
+        response_status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal response_status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                response_status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s: unhandled error on %s %s", request_id, scope["method"], scope["path"])
+            if response_started:
+                raise
+            response = JSONResponse(
+                status_code=500,
+                content={"detail": "internal server error", "request_id": request_id},
+                headers={REQUEST_ID_HEADER: request_id},
+            )
+            await response(scope, receive, send)
+            response_status = 500
+        finally:
+            path = scope["path"]
+            if scope["method"] == "POST" and path.startswith(_EXPLAIN_PREFIX):
+                self._record(path[len(_EXPLAIN_PREFIX) :], response_status, time.perf_counter() - started)
+
+    def _record(self, class_name: str, status_code: int, seconds: float) -> None:
+        state = self.get_state()
+        known = state is not None and class_name in state.registry.snapshot.models
+        label = class_name if known else metrics.UNKNOWN_CLASS
+        metrics.REQUESTS.labels(label, str(status_code)).inc()
+        metrics.REQUEST_DURATION.labels(label, metrics.outcome_of(status_code)).observe(seconds)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _CLIENT_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _error_response(request: Request, status_code: int, detail, headers=None) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", "")
+    return JSONResponse(
+        status_code=status_code,
+        content={"detail": jsonable_encoder(detail), "request_id": request_id},
+        headers=headers,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application.
+
+    Args:
+        settings: The settings to use; `None` reads them from the environment.
+
+    Returns:
+        The application. Models load when its lifespan starts.
+    """
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = resolve_device(settings.device)
+        logger.info(
+            "aexad service %s starting: model store %s, device %s, batch window %.1f ms, max batch %d, API key %s",
+            __version__,
+            settings.model_store.resolve(),
+            device,
+            settings.batch_window_ms,
+            settings.max_batch_size,
+            "required" if settings.api_key else "not required",
+        )
+        executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="aexad-model")
+        state = ServiceState(
+            settings=settings,
+            registry=ModelRegistry(settings.model_store, device),
+            batchers=BatcherPool(
+                window_s=settings.batch_window_ms / 1000.0,
+                max_batch_size=settings.max_batch_size,
+                executor=executor,
+            ),
+            executor=executor,
+        )
+        await state.reload()
+        app.state.service = state
+
+        if settings.energy_tracking:
+            await asyncio.to_thread(
+                metrics.acquire_energy_tracker,
+                country_iso_code=settings.codecarbon_country,
+                interval_s=settings.energy_interval_s,
+            )
+        sighup_installed = _install_sighup(state)
+        logger.info("aexad service ready")
+        try:
+            yield
+        finally:
+            logger.info("aexad service stopping")
+            if sighup_installed:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await state.batchers.close()
+            executor.shutdown(wait=True)
+            if settings.energy_tracking:
+                await asyncio.to_thread(metrics.release_energy_tracker)
+            app.state.service = None
+
+    app = FastAPI(
+        title="aexad",
+        version=__version__,
+        summary="AE-XAD explainable anomaly detection: heatmap, defect mask and anomaly score of an image.",
+        lifespan=lifespan,
+        # Counts the body while it arrives and checks Content-Length first, so
+        # an oversized upload is rejected before it is buffered.
+        max_body_size=settings.max_upload_bytes,
+    )
+    app.state.settings = settings
+    app.state.service = None
+    app.add_middleware(RequestContextMiddleware, get_state=lambda: app.state.service)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail
+        if error.status_code == 413 and detail == "Content Too Large":
+            # The framework's body limit uses the bare reason phrase; say which limit.
+            detail = f"the request body exceeds the limit of {settings.max_upload_bytes} bytes"
+        if error.status_code >= 500:
+            logger.error("request %s: %s", getattr(request.state, "request_id", ""), detail)
+        return _error_response(request, error.status_code, detail, getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(request, 422, error.errors())
+
+    protected = [Depends(require_api_key)]
+    app.include_router(explain.router, dependencies=protected)
+    app.include_router(models.router, dependencies=protected)
+    app.include_router(health.router)
+    app.include_router(web.router)
+    return app
+
+
+def _install_sighup(state: ServiceState) -> bool:
+    """Reload the model store on SIGHUP; only possible in the main thread."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        logger.info("SIGHUP received, reloading the model store")
+        task = loop.create_task(state.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
+        logger.info("SIGHUP reload not available here (%s); use POST /models/reload", error)
+        return False
+    return True
+
+
+app = create_app()
