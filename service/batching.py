@@ -113,7 +113,12 @@ class MicroBatcher:
                     closing = True
                     break
                 batch.append(item)
-            await self._explain_batch(batch)
+            try:
+                await self._explain_batch(batch)
+            except Exception as error:  # noqa: BLE001 - the worker must outlive one bad batch
+                logger.exception("model %s: batch of %d failed outside the model call", self.model.class_name, len(batch))
+                for pending in batch:
+                    _set_exception(pending.future, error)
 
     async def _explain_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()

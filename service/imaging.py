@@ -91,7 +91,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         try:
             image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as error:
-            raise ImageTooLargeError(f"the image exceeds the limit of {max_pixels} pixels") from error
+            raise ImageTooLargeError(f"the image has more than the limit of {max_pixels} pixels") from error
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise InvalidImageError("the uploaded file is not a supported image") from error
 
@@ -99,6 +99,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             raise InvalidImageError(
                 f"image format {image.format} is not supported; use PNG, JPEG, BMP, TIFF or WebP"
             )
+        image_format = image.format
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
@@ -117,7 +118,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         tensor = _gray_tensor(image)
     else:
         tensor = _rgb_tensor(image)
-    return DecodedImage(tensor=tensor, preview=_preview(tensor), format=str(image.format or ""))
+    return DecodedImage(tensor=tensor, preview=_preview(tensor), format=image_format)
 
 
 def _gray_tensor(image: Image.Image) -> torch.Tensor:

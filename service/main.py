@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,16 +44,19 @@ def configure_logging(level: str) -> None:
 
 
 class RequestContextMiddleware:
-    """Give every request an id, log unhandled errors and record explain metrics.
+    """Give every request an id, limit the body size, log unhandled errors and record explain metrics.
 
     The id comes from the client's `X-Request-ID` when that is a plain token,
     else it is a new UUID; it is returned in the `X-Request-ID` header and in
-    every error body.
+    every error body. A body larger than `max_body_bytes` gets a 413: at once
+    when `Content-Length` says so, else as soon as the bytes received pass the
+    limit, so an oversized upload is never buffered whole.
     """
 
-    def __init__(self, app: ASGIApp, get_state) -> None:
+    def __init__(self, app: ASGIApp, get_state, max_body_bytes: int) -> None:
         self.app = app
         self.get_state = get_state
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,19 +79,33 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        too_large = HTTPException(
+            status_code=413, detail=f"the request body exceeds the limit of {self.max_body_bytes} bytes"
+        )
+        received = 0
+
+        async def receive_with_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # FastAPI passes an HTTPException raised while it reads
+                    # the body on to the exception handlers unchanged.
+                    raise too_large
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            if _content_length(scope) > self.max_body_bytes:
+                response = _json_error(too_large.status_code, too_large.detail, request_id)
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_with_limit, send_with_id)
         except Exception:
             logger.exception("request %s: unhandled error on %s %s", request_id, scope["method"], scope["path"])
             if response_started:
                 raise
-            response = JSONResponse(
-                status_code=500,
-                content={"detail": "internal server error", "request_id": request_id},
-                headers={REQUEST_ID_HEADER: request_id},
-            )
-            await response(scope, receive, send)
-            response_status = 500
+            await _json_error(500, "internal server error", request_id)(scope, receive, send_with_id)
         finally:
             path = scope["path"]
             if scope["method"] == "POST" and path.startswith(_EXPLAIN_PREFIX):
@@ -110,6 +127,20 @@ def _request_id(scope: Scope) -> str:
                 return candidate
             break
     return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _json_error(status_code: int, detail: str, request_id: str) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"detail": detail, "request_id": request_id})
 
 
 def _error_response(request: Request, status_code: int, detail, headers=None) -> JSONResponse:
@@ -184,20 +215,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="AE-XAD explainable anomaly detection: heatmap, defect mask and anomaly score of an image.",
         lifespan=lifespan,
-        # Counts the body while it arrives and checks Content-Length first, so
-        # an oversized upload is rejected before it is buffered.
-        max_body_size=settings.max_upload_bytes,
     )
     app.state.settings = settings
     app.state.service = None
-    app.add_middleware(RequestContextMiddleware, get_state=lambda: app.state.service)
+    app.add_middleware(
+        RequestContextMiddleware, get_state=lambda: app.state.service, max_body_bytes=settings.max_upload_bytes
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         detail = error.detail
-        if error.status_code == 413 and detail == "Content Too Large":
-            # The framework's body limit uses the bare reason phrase; say which limit.
-            detail = f"the request body exceeds the limit of {settings.max_upload_bytes} bytes"
         if error.status_code >= 500:
             logger.error("request %s: %s", getattr(request.state, "request_id", ""), detail)
         return _error_response(request, error.status_code, detail, getattr(error, "headers", None))
