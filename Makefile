@@ -18,6 +18,8 @@ DEMO_IMAGE_SIZE ?= 128
 # The tested torch pair. pyproject.toml accepts older releases too, so this
 # pin is installed first to keep pip from picking another build.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# NOTE: service.bench is the expected module of the service benchmark; point
+# BENCH at the real script if it lives elsewhere.
 BENCH ?= $(VENV_PYTHON) -m service.bench
 
 VENV_PYTHON := $(VENV)/bin/python
@@ -51,7 +53,7 @@ demo-model: venv
 
 run: venv demo-model
 	@echo "Open http://$(HOST):$(PORT)/"
-	AEXAD_MODEL_STORE=$(STORE) $(VENV_PYTHON) -m uvicorn service.main:app --host $(HOST) --port $(PORT)
+	AEXAD_MODEL_STORE=$(STORE) exec $(VENV_PYTHON) -m uvicorn service.main:app --host $(HOST) --port $(PORT)
 
 bench: venv
 	$(BENCH)
