@@ -383,6 +383,64 @@ def test_k8s_service_selects_deployment_pods():
     assert port["targetPort"] in {named["name"] for named in container["ports"]}
 
 
+# --- Makefile and CI ---------------------------------------------------------
+
+
+def fake_venv(tmp_path: Path) -> Path:
+    """Make a virtual environment folder that `make venv` takes as up to date."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / ".installed").touch()
+    return venv
+
+
+def run_make(*arguments: str) -> subprocess.CompletedProcess:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    return subprocess.run(["make", "-C", str(ROOT), *arguments], capture_output=True, text=True, timeout=60)
+
+
+def test_make_run_uses_overrides(tmp_path):
+    venv = fake_venv(tmp_path)
+    store = tmp_path / "store"
+    (store / "tile").mkdir(parents=True)
+    (store / "tile" / "model.json").write_text("{}")
+    result = run_make("--dry-run", "run", f"VENV={venv}", f"STORE={store}", "HOST=127.0.0.2", "PORT=9123")
+    assert result.returncode == 0, result.stderr
+    assert "Open http://127.0.0.2:9123/" in result.stdout
+    assert f"AEXAD_MODEL_STORE={store} exec {venv}/bin/python -m uvicorn service.main:app" in result.stdout
+    assert "--host 127.0.0.2 --port 9123" in result.stdout
+    # The stamp is newer than pyproject.toml, so nothing is installed again.
+    assert "pip install" not in result.stdout
+
+
+def test_make_demo_model_keeps_existing_store(tmp_path):
+    venv = fake_venv(tmp_path)
+    store = tmp_path / "store"
+    (store / "tile").mkdir(parents=True)
+    (store / "tile" / "model.json").write_text("{}")
+    result = run_make("demo-model", f"VENV={venv}", f"STORE={store}")
+    assert result.returncode == 0, result.stderr
+    assert "already contains a model, so no demo model is trained" in result.stdout
+    assert sorted(path.name for path in store.iterdir()) == ["tile"]
+
+
+def test_make_demo_model_command(tmp_path):
+    venv = fake_venv(tmp_path)
+    result = run_make("--dry-run", "demo-model", f"VENV={venv}", f"STORE={tmp_path / 'empty'}")
+    assert result.returncode == 0, result.stderr
+    assert "-m training fit --data samples/magnetic_tile --class-name magnetic_tile" in result.stdout
+
+
+def test_ci_script_runs_make_test():
+    script = ROOT / ".ci" / "run"
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in text
+    assert text.rstrip().endswith("make test")
+
+
 # --- the running service ------------------------------------------------------
 
 
