@@ -67,6 +67,9 @@ def script_explainer(explainer: Explainer) -> torch.jit.ScriptModule:
         # Tracer warnings about Python values derived from shapes are expected:
         # the shapes are fixed by image_size.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        # torch 2.14 marks torch.jit deprecated; TorchScript is still the
+        # format this project exports.
+        warnings.simplefilter("ignore", category=FutureWarning)
         traced = torch.jit.trace(network, example, check_trace=False)
         check = torch.rand(3, explainer.channels, explainer.image_size, explainer.image_size, device=device)
         if not torch.allclose(traced(check), network(check), atol=1e-4, rtol=1e-4):
@@ -130,7 +133,9 @@ def save_model(explainer: Explainer, metadata: dict[str, Any], store: Path, clas
     model_dir.mkdir(parents=True, exist_ok=True)
 
     scripted = script_explainer(explainer).cpu()
-    _write_atomically(model_dir / MODEL_FILE, lambda handle: torch.jit.save(scripted, handle))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        _write_atomically(model_dir / MODEL_FILE, lambda handle: torch.jit.save(scripted, handle))
 
     threshold = explainer.score_threshold
     full_metadata = {
@@ -178,5 +183,7 @@ def export_demo_model(store: Path, class_name: str, *, image_size: int = 64, cha
 
 def load_module(model_dir: Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load ``model.pt`` from a model folder onto ``device``."""
-    return torch.jit.load(str(Path(model_dir) / MODEL_FILE), map_location=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        return torch.jit.load(str(Path(model_dir) / MODEL_FILE), map_location=device)
 

@@ -114,7 +114,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _image_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, C) uint8 array to a (C, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
 
 def load_training_image(sample: Sample, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,9 +133,21 @@ def load_training_image(sample: Sample, channels: int, size: int) -> tuple[np.nd
 
     if sample.mask_path is None:
         return image, np.zeros((size, size), dtype=bool)
-    mask = load_mask(sample.mask_path, (width, height))
-    mask = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return image, mask
+    return image, resize_mask(load_mask(sample.mask_path, (width, height)), size)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a bool mask to ``(size, size)``, keeping pixels at least half covered by the defect.
+
+    Nearest-neighbour resizing can drop a defect of a few pixels entirely when
+    the image shrinks; when the half-coverage rule leaves nothing, every pixel
+    the defect touches is kept instead, so an annotated image stays annotated.
+    """
+    coverage = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    resized = coverage >= 0.5
+    if mask.any() and not resized.any():
+        resized = coverage > 0.0
+    return resized
 
 
 def _stack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +315,7 @@ def fit(config: FitConfig) -> FitResult:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(batch_indices)
+                total += loss.item() * len(batch_indices)
                 seen += len(batch_indices)
             elapsed = time.perf_counter() - tick
             decoder_seconds += elapsed
