@@ -75,7 +75,7 @@ def bare_single(module, image: torch.Tensor, count: int, warmup: int) -> Row:
 
 
 def bare_batched(module, image: torch.Tensor, batch_size: int, count: int, warmup: int) -> Row:
-    """Time `explain_batch` on `batch_size` copies of the image; per_second counts images."""
+    """Time `explain_batch` on `batch_size` copies of the image, counting images in `per_second`."""
     images = [image] * batch_size
     thresholds = [1.0] * batch_size
     calls = max(1, count // batch_size)

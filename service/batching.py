@@ -210,8 +210,8 @@ class BatcherPool:
         if batcher is not None and batcher.model is model:
             return batcher
         if batcher is not None:
-            # Only reachable when a caller awaited between lookup and submit;
-            # the old batcher still explains what it has queued.
+            # Only reachable when a caller awaited between lookup and submit.
+            # The old batcher still explains what it has queued.
             task = asyncio.get_running_loop().create_task(batcher.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,3 +78,9 @@ class Settings(BaseSettings):
         default="INFO",
         description="Level of the service's own log records.",
     )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_means_none(cls, value: object) -> object:
+        # An empty AEXAD_API_KEY= line would otherwise accept an empty header.
+        return None if value == "" else value

@@ -14,14 +14,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-# Pillow format names; MPO is the multi-picture JPEG that many cameras write.
+# Pillow format names. MPO is the multi-picture JPEG that many cameras write.
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"})
 
-# Modes decoded to one gray channel; every other mode becomes RGB.
+# Modes decoded to one gray channel. Every other mode becomes RGB.
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
-# Weight of the heatmap colours in the overlay; the image keeps the rest.
+# Weight of the heatmap colours in the overlay, so the image keeps 1 - OVERLAY_ALPHA.
 OVERLAY_ALPHA = 0.45
 # Mask outline colour in the overlay, RGB.
 OUTLINE_RGB = (255, 255, 255)
@@ -84,7 +84,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     if not data:
         raise InvalidImageError("the uploaded file is empty")
 
-    # Pillow's own bomb check uses a global limit; ours is stricter and per
+    # Pillow's own bomb check uses a global limit. Ours is stricter and per
     # call, so Pillow's warning is only noise here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -125,11 +125,11 @@ def _gray_tensor(image: Image.Image) -> torch.Tensor:
     if image.mode in ("LA", "La"):
         image = _composite_on_black(image).convert("L")
     if image.mode in _HIGH_DEPTH_MODES:
-        # 16-bit gray arrives as an integer mode; the full 16-bit range maps to [0, 1].
+        # 16-bit gray arrives as an integer mode, and the full 16-bit range maps to [0, 1].
         values = np.asarray(image, dtype=np.float32) / 65535.0
         return torch.from_numpy(np.clip(values, 0.0, 1.0)[None].copy())
     if image.mode == "F":
-        # NOTE: floating-point TIFFs have no fixed range; values are assumed to lie in [0, 1] and clipped.
+        # NOTE: floating-point TIFFs have no fixed range. Values are assumed to lie in [0, 1] and clipped.
         values = np.asarray(image, dtype=np.float32)
         return torch.from_numpy(np.clip(values, 0.0, 1.0)[None].copy())
     gray = np.asarray(image.convert("L"), dtype=np.uint8)
@@ -165,7 +165,7 @@ def _preview(tensor: torch.Tensor) -> np.ndarray:
 def heatmap_to_rgb(heatmap: np.ndarray) -> np.ndarray:
     """Colour a heatmap with the JET colour map.
 
-    The heatmap holds the Gaussian-filtered normalised error, which lies in
+    The heatmap contains the Gaussian-filtered normalised error, which lies in
     `[0, 1]`, so it is scaled by a fixed 255 and not by its own maximum: the
     same colour means the same error in every image, and an all-zero heatmap
     is plain blue.

@@ -1,4 +1,4 @@
-"""Application factory; `uvicorn service.main:app` serves the default settings."""
+"""Application factory. `uvicorn service.main:app` serves the settings from the environment."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class RequestContextMiddleware:
     The id comes from the client's `X-Request-ID` when that is a plain token,
     else it is a new UUID; it is returned in the `X-Request-ID` header and in
     every error body. A body larger than `max_body_bytes` gets a 413: at once
-    when `Content-Length` says so, else as soon as the bytes received pass the
+    when the `Content-Length` header exceeds it, else as soon as the bytes received pass the
     limit, so an oversized upload is never buffered whole.
     """
 
@@ -97,6 +97,7 @@ class RequestContextMiddleware:
 
         try:
             if _content_length(scope) > self.max_body_bytes:
+                logger.info("request %s: %s %s failed with 413: %s", request_id, scope["method"], scope["path"], too_large.detail)
                 response = _json_error(too_large.status_code, too_large.detail, request_id)
                 await response(scope, receive, send_with_id)
             else:
@@ -224,13 +225,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        detail = error.detail
-        if error.status_code >= 500:
-            logger.error("request %s: %s", getattr(request.state, "request_id", ""), detail)
-        return _error_response(request, error.status_code, detail, getattr(error, "headers", None))
+        level = logging.ERROR if error.status_code >= 500 else logging.INFO
+        logger.log(
+            level,
+            "request %s: %s %s failed with %d: %s",
+            getattr(request.state, "request_id", ""),
+            request.method,
+            request.url.path,
+            error.status_code,
+            error.detail,
+        )
+        return _error_response(request, error.status_code, error.detail, getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        logger.info(
+            "request %s: %s %s failed validation: %s",
+            getattr(request.state, "request_id", ""),
+            request.method,
+            request.url.path,
+            "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()),
+        )
         return _error_response(request, 422, error.errors())
 
     protected = [Depends(require_api_key)]
@@ -242,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _install_sighup(state: ServiceState) -> bool:
-    """Reload the model store on SIGHUP; only possible in the main thread."""
+    """Reload the model store on SIGHUP, which works only in the main thread."""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
@@ -250,7 +265,12 @@ def _install_sighup(state: ServiceState) -> bool:
         logger.info("SIGHUP received, reloading the model store")
         task = loop.create_task(state.reload())
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(on_reload_done)
+
+    def on_reload_done(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reload after SIGHUP failed: %r", task.exception())
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)

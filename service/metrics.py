@@ -81,7 +81,7 @@ def register_classes(class_names: Iterable[str]) -> None:
             BATCH_SIZE.labels(name)
 
 
-# CodeCarbon reports kWh and kg; the metrics use joules and grams.
+# CodeCarbon reports kWh and kg, and the metrics use joules and grams.
 JOULES_PER_KWH = 3.6e6
 GRAMS_PER_KG = 1000.0
 
@@ -106,7 +106,7 @@ class EnergyTracker:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start measuring; logs and carries on without energy figures on failure."""
+        """Start measuring, or log the failure and carry on without energy figures."""
         try:
             from codecarbon import OfflineEmissionsTracker
             from codecarbon.output_methods.base_output import BaseOutput
@@ -129,8 +129,8 @@ class EnergyTracker:
                 output_handlers=[_CounterOutput()],
                 # "process" attributes CPU and RAM power by this process's share.
                 tracking_mode="process",
-                # Several workers or test apps may run side by side; without
-                # this CodeCarbon refuses to start a second tracker.
+                # Several workers or test apps may run side by side, and without
+                # this CodeCarbon rejects a second tracker on the same machine.
                 allow_multiple_runs=True,
                 log_level="error",
                 project_name="aexad-service",

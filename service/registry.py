@@ -21,7 +21,7 @@ CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MODEL_FILE = "model.pt"
 METADATA_FILE = "model.json"
-# Keys every explanation must contain; the service reads no others.
+# Keys every explanation must contain. The service reads no others.
 REQUIRED_OUTPUTS = ("heatmap", "mask", "score", "filter_size", "is_anomalous")
 
 
@@ -70,7 +70,7 @@ class FailedModel:
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """The models of one scan of the store; replaced as a whole on reload."""
+    """The models of one scan of the store, replaced as a whole on reload."""
 
     models: dict[str, LoadedModel]
     failed: dict[str, FailedModel]
@@ -105,7 +105,7 @@ class ModelRegistry:
 
     @property
     def snapshot(self) -> StoreSnapshot:
-        """The current models; a new object after every reload."""
+        """The current models, a new object after every reload."""
         return self._snapshot
 
     async def reload(self) -> StoreSnapshot:

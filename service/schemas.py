@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 
 class Timings(BaseModel):
-    """Where the time of one explanation request went, in milliseconds."""
+    """Durations of the steps of one explanation request, in milliseconds."""
 
     queue_ms: float = Field(description="Wait in the class's batcher before the model call started.")
     model_ms: float = Field(description="Duration of the model call, shared by the whole batch.")

@@ -71,10 +71,8 @@ async def explain(
     try:
         image = await asyncio.to_thread(imaging.decode_image, data, max_pixels=state.settings.max_pixels)
     except InvalidImageError as error:
-        logger.info("request %s: rejected upload for %s: %s", request_id, class_name, error)
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(error)) from error
     except ImageTooLargeError as error:
-        logger.info("request %s: rejected upload for %s: %s", request_id, class_name, error)
         raise HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=str(error)) from error
     del data
 
@@ -86,6 +84,7 @@ async def explain(
     try:
         explanation = await state.batchers.get(model).explain(image.tensor, a)
     except ModelCallError as error:
+        # The exception handler logs the 500 itself, so this line adds the cause.
         logger.error("request %s: model %s failed: %s", request_id, class_name, error)
         raise HTTPException(
             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,

@@ -1,4 +1,4 @@
-"""GET /healthz, GET /readyz and GET /metrics; open even when an API key is set."""
+"""GET /healthz, GET /readyz and GET /metrics, open even when an API key is set."""
 
 from __future__ import annotations
 

@@ -24,15 +24,15 @@ from torch import Tensor, nn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
-# Width that makes the flaky model raise; every other width works.
+# Width that makes the flaky model raise. Every other width works.
 FLAKY_WIDTH = 13
 
 
 class FlakyModel(nn.Module):
     """A scripted model that honours the service contract but raises for one width.
 
-    It stands in for a model whose call fails at request time after loading
-    and warming up without trouble.
+    It simulates a model whose call fails at request time after it loaded
+    and warmed up without trouble.
     """
 
     image_size: int

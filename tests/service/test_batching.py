@@ -123,7 +123,8 @@ def test_pool_retires_replaced_model(loaded: StoreSnapshot, exported_store: Path
         in_flight = asyncio.ensure_future(old.explain(gray(20), 1.0))
         await asyncio.sleep(0)
         await pool.sync(reloaded.models)
-        assert in_flight.done() and in_flight.result().batch_size == 1
+        assert in_flight.done()
+        assert in_flight.result().batch_size == 1
         new = pool.get(reloaded.models["tile"])
         await pool.close()
         return old, new

@@ -49,7 +49,7 @@ def test_energy_ignores_non_numeric_totals() -> None:
 
 
 def test_energy_tracker_starts_and_stops_without_error() -> None:
-    # Power counters are often unreadable in containers; start and stop must
+    # Power counters are often unreadable in containers. Start and stop must
     # still return, with or without figures.
     tracker = metrics.acquire_energy_tracker(country_iso_code="FRA", interval_s=60.0)
     assert metrics.acquire_energy_tracker(country_iso_code="DEU", interval_s=5.0) is tracker

@@ -121,4 +121,5 @@ def test_index_page(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "explain/" in response.text
-    assert "http://" not in response.text and "https://" not in response.text
+    assert "http://" not in response.text
+    assert "https://" not in response.text
