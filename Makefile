@@ -18,9 +18,10 @@ DEMO_IMAGE_SIZE ?= 128
 # The tested torch pair. pyproject.toml accepts older releases too, so this
 # pin is installed first to keep pip from picking another build.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-# NOTE: service.bench is the expected module of the service benchmark; point
-# BENCH at the real script if it lives elsewhere.
-BENCH ?= $(VENV_PYTHON) -m service.bench
+# Served against bare-model latency for one class of the store; extra options
+# go in BENCH_ARGS, for example BENCH_ARGS='--concurrency 1 4 --requests 50'.
+BENCH_CLASS ?= $(DEMO_CLASS)
+BENCH_ARGS ?=
 
 VENV_PYTHON := $(VENV)/bin/python
 # Reinstalls only when the packaging metadata changes, so repeated runs of
@@ -55,8 +56,8 @@ run: venv demo-model
 	@echo "Open http://$(HOST):$(PORT)/"
 	AEXAD_MODEL_STORE=$(STORE) exec $(VENV_PYTHON) -m uvicorn service.main:app --host $(HOST) --port $(PORT)
 
-bench: venv
-	$(BENCH)
+bench: venv demo-model
+	$(VENV_PYTHON) benchmarks/service_latency.py --store $(STORE) --class-name $(BENCH_CLASS) $(BENCH_ARGS)
 
 # Removes what `make venv` and test runs create. The model store stays,
 # because it may contain models that took long to train.
