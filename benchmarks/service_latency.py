@@ -9,7 +9,7 @@ Measures, in one run on one machine:
 
 and prints a Markdown table. Run it from the repository root:
 
-    python benchmarks/service_latency.py --store model_store --class-name tile --image part.png
+    python benchmarks/service_latency.py --store model_store --class-name magnetic_tile
 
 The bare model runs before the server starts so the two never share the CPU.
 """
@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ import httpx
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# A real 125 x 289 gray magnetic tile photograph with a blowhole, shipped in the repository.
+DEFAULT_IMAGE = REPO_ROOT / "samples" / "magnetic_tile" / "test" / "blowhole" / "exp1_num_40410.jpg"
 sys.path.insert(0, str(REPO_ROOT))
 
 from service.imaging import decode_image  # noqa: E402 - needs the repository on sys.path
@@ -165,7 +168,7 @@ def markdown(rows: list[Row], single_ratio: float, throughput_ratio: float) -> s
                      f"| {row.per_second:.1f} |")
     lines += [
         "",
-        f"- service p50 at the lowest concurrency / bare single-call p50: **{single_ratio:.2f}x** (target at most 1.2x)",
+        f"- service p50 at the lowest concurrency / faster bare single-call p50: **{single_ratio:.2f}x** (target at most 1.2x)",
         f"- service images/s at the highest concurrency / best bare batched images/s: "
         f"**{throughput_ratio:.0%}** (target at least 90 %)",
     ]
@@ -177,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, required=True, help="model store folder with the class to serve")
     parser.add_argument("--class-name", required=True, help="class to benchmark, a folder in the store")
-    parser.add_argument("--image", type=Path, required=True, help="image file sent with every request")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE,
+                        help="image file sent with every request (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
                         help="concurrency levels (default: %(default)s)")
@@ -198,11 +202,25 @@ def main() -> None:
     module.eval()
     print(f"image {arguments.image.name}: {image.shape[2]}x{image.shape[1]}, model input "
           f"{module.image_size} px, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {arguments.device}", file=sys.stderr)
+          f"device {arguments.device}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
-    rows = [bare_single(module, image, arguments.requests, arguments.warmup)]
-    batched = [bare_batched(module, image, size, arguments.requests, arguments.warmup) for size in arguments.batch_sizes]
-    rows += batched
+    # The service calls the model from a worker thread. Intra-op thread pools
+    # can run several times slower in the main thread on a loaded CPU, so the
+    # bare model is measured in both threads and the faster one is the reference.
+    worker = ThreadPoolExecutor(max_workers=1)
+    singles = [
+        bare_single(module, image, arguments.requests, arguments.warmup),
+        worker.submit(bare_single, module, image, arguments.requests, arguments.warmup).result(),
+    ]
+    batched = []
+    for size in arguments.batch_sizes:
+        batched.append(bare_batched(module, image, size, arguments.requests, arguments.warmup))
+        batched.append(worker.submit(bare_batched, module, image, size, arguments.requests, arguments.warmup).result())
+    worker.shutdown()
+    for row, thread in zip(singles + batched, ["main", "worker"] * (1 + len(arguments.batch_sizes))):
+        row.setup += f" ({thread} thread)"
+    rows = singles + batched
+    best_single = min(singles, key=lambda row: row.p50_ms)
     best_batched = max(row.per_second for row in batched)
     del module
 
@@ -222,10 +240,10 @@ def main() -> None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
 
-    service_rows = rows[len(batched) + 1 :]
+    service_rows = [row for row in rows if row.setup == "service"]
     lowest = min(service_rows, key=lambda row: row.level)
     highest = max(service_rows, key=lambda row: row.level)
-    single_ratio = lowest.p50_ms / rows[0].p50_ms
+    single_ratio = lowest.p50_ms / best_single.p50_ms
     throughput_ratio = highest.per_second / best_batched
     print(markdown(rows, single_ratio, throughput_ratio))
 

@@ -228,3 +228,13 @@ def test_explain_image_from_disk(client: TestClient, tmp_path: Path) -> None:
         response = client.post("/explain/tile", files={"file": ("part.tif", handle, "image/tiff")})
     assert response.status_code == 200
     assert io.BytesIO(base64.b64decode(response.json()["heatmap"])).getbuffer().nbytes > 0
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "magnetic_tile" / "test" / "blowhole" / "exp1_num_40410.jpg"
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason="the magnetic tile sample is not in this checkout")
+def test_explain_real_photograph(client: TestClient) -> None:
+    response = client.post("/explain/tile?format=png&output=overlay", files=upload(SAMPLE.read_bytes(), SAMPLE.name, "image/jpeg"))
+    assert response.status_code == 200
+    assert decode_png(response.content).size == Image.open(SAMPLE).size
