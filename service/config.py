@@ -47,10 +47,13 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a class's batcher waits for more requests after the first, in milliseconds.",
     )
-    max_batch_size: int = Field(
-        default=8,
+    max_batch_size: int | None = Field(
+        default=None,
         ge=1,
-        description="Most images one model call explains.",
+        description=(
+            "Most images one model call explains. Unset means 8 on CUDA and 1 on the CPU, where "
+            "batched calls gave no more images per second than single ones (docs/benchmarks.md)."
+        ),
     )
     inference_workers: int = Field(
         default=1,

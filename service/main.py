@@ -168,13 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
+        max_batch_size = settings.max_batch_size or (8 if device.type == "cuda" else 1)
         logger.info(
             "aexad service %s starting: model store %s, device %s, batch window %.1f ms, max batch %d, API key %s",
             __version__,
             settings.model_store.resolve(),
             device,
             settings.batch_window_ms,
-            settings.max_batch_size,
+            max_batch_size,
             "required" if settings.api_key else "not required",
         )
         executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="aexad-model")
@@ -183,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=ModelRegistry(settings.model_store, device),
             batchers=BatcherPool(
                 window_s=settings.batch_window_ms / 1000.0,
-                max_batch_size=settings.max_batch_size,
+                max_batch_size=max_batch_size,
                 executor=executor,
             ),
             executor=executor,

@@ -22,8 +22,15 @@ class ExplainResponse(BaseModel):
     request_id: str
     class_name: str = Field(serialization_alias="class", description="Product class whose model explained the image.")
     score: float = Field(description="Anomaly score ‖e · G_k̂(e)‖₂.")
-    is_anomalous: bool = Field(description="Whether the score exceeds the threshold.")
-    threshold: float = Field(description="Score threshold stored with the model.")
+    is_anomalous: bool | None = Field(
+        description="Whether the score exceeds the threshold; null when the model has no calibrated threshold."
+    )
+    threshold: float | None = Field(
+        description=(
+            "Score threshold stored with the model; null for models trained without normal images "
+            "(anomalies-only scenario), which have nothing to calibrate it on."
+        )
+    )
     a: float = Field(description="Mask threshold multiplier used: mask = heatmap > μ + a·σ.")
     filter_size: int = Field(description="Automatic Gaussian filter size k̂, in pixels at the network input size.")
     width: int = Field(description="Image width in pixels after the EXIF orientation is applied.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from typing import Annotated, Literal
 
@@ -91,9 +92,12 @@ async def explain(
             detail="the model failed to explain the image; the request id is in the service log",
         ) from error
 
+    threshold = None if math.isnan(model.score_threshold) else model.score_threshold
     if format == "png":
         picture = await asyncio.to_thread(_render_png, image, explanation, output)
-        return Response(content=picture, media_type="image/png", headers=_summary_headers(explanation))
+        return Response(
+            content=picture, media_type="image/png", headers=_summary_headers(explanation, threshold is not None)
+        )
 
     heatmap_png, mask_png = await asyncio.to_thread(_render_maps, explanation)
     total_ms = (time.perf_counter() - request.state.started) * 1000.0
@@ -101,8 +105,8 @@ async def explain(
         request_id=request_id,
         class_name=class_name,
         score=explanation.score,
-        is_anomalous=explanation.is_anomalous,
-        threshold=model.score_threshold,
+        is_anomalous=None if threshold is None else explanation.is_anomalous,
+        threshold=threshold,
         a=a,
         filter_size=explanation.filter_size,
         width=image.width,
@@ -134,10 +138,14 @@ def _render_png(image: DecodedImage, explanation: Explanation, output: str) -> b
     return imaging.encode_png(pixels)
 
 
-def _summary_headers(explanation: Explanation) -> dict[str, str]:
+def _summary_headers(explanation: Explanation, calibrated: bool) -> dict[str, str]:
     """Carry the numbers of the JSON body on a PNG response."""
+    if not calibrated:
+        verdict = "unknown"
+    else:
+        verdict = "true" if explanation.is_anomalous else "false"
     return {
         "X-Anomaly-Score": f"{explanation.score:.9g}",
-        "X-Is-Anomalous": "true" if explanation.is_anomalous else "false",
+        "X-Is-Anomalous": verdict,
         "X-Filter-Size": str(explanation.filter_size),
     }

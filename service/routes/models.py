@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import APIRouter, HTTPException, status
 
@@ -21,7 +22,7 @@ def _loaded_info(model: LoadedModel) -> ModelInfo:
         state="loaded",
         image_size=model.image_size,
         channels=model.channels,
-        score_threshold=model.score_threshold,
+        score_threshold=None if math.isnan(model.score_threshold) else model.score_threshold,
         format_version=model.format_version,
         device=str(model.device),
         sha256=model.sha256,

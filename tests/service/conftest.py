@@ -9,21 +9,37 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import IMAGE_SIZE, UvicornServer, write_flaky_model
+from service_testing import IMAGE_SIZE, REPO_ROOT, UvicornServer, write_flaky_model
 
 from service.config import Settings
 from service.main import create_app
 
+SAMPLE_DATA = REPO_ROOT / "samples" / "magnetic_tile"
+
 
 @pytest.fixture(scope="session")
-def exported_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with `tile`, an untrained 64 px gray model from the training package."""
-    from training.export import export_demo_model
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models trained by the training package on the shipped magnetic tile sample, 64 px, 1 epoch.
 
-    store = tmp_path_factory.mktemp("exported_store")
+    `tile` is a standard-scenario model with a calibrated threshold;
+    `uncalibrated` is trained on anomalies only, so it has no threshold.
+    """
+    from training.train import FitConfig, fit
+
+    store = tmp_path_factory.mktemp("trained_store")
+    fast = dict(epochs=1, image_size=IMAGE_SIZE, batch_size=8, measure_energy=False, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        export_demo_model(store, "tile", image_size=IMAGE_SIZE, channels=1)
+        fit(FitConfig(data=SAMPLE_DATA, class_name="tile", store=store, **fast))
+        fit(FitConfig(data=SAMPLE_DATA, class_name="uncalibrated", store=store, scenario="anomalies-only", **fast))
+    return store
+
+
+@pytest.fixture(scope="session")
+def exported_store(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the trained `tile` model and the `flaky` model that fails on one width."""
+    store = tmp_path_factory.mktemp("exported_store")
+    shutil.copytree(trained_store / "tile", store / "tile")
     write_flaky_model(store)
     return store
 

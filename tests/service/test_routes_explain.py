@@ -24,7 +24,10 @@ def upload(data: bytes, name: str = "part.png", content_type: str = "image/png")
     return {"file": (name, data, content_type)}
 
 
-def test_explain_json_fields(client: TestClient) -> None:
+def test_explain_json_fields(client: TestClient, settings) -> None:
+    import json
+
+    stored = json.loads((settings.model_store / "tile" / "model.json").read_text())
     response = client.post("/explain/tile", files=upload(encode(gray_image(80, 60), "PNG")))
     assert response.status_code == 200
     body = response.json()
@@ -32,7 +35,7 @@ def test_explain_json_fields(client: TestClient) -> None:
     assert body["width"] == 80
     assert body["height"] == 60
     assert body["a"] == 1.0
-    assert body["threshold"] == 1.0
+    assert body["threshold"] == pytest.approx(stored["threshold"]["score"])
     assert isinstance(body["score"], float)
     assert body["is_anomalous"] == (body["score"] > body["threshold"])
     assert body["filter_size"] >= 1
@@ -238,3 +241,30 @@ def test_explain_real_photograph(client: TestClient) -> None:
     response = client.post("/explain/tile?format=png&output=overlay", files=upload(SAMPLE.read_bytes(), SAMPLE.name, "image/jpeg"))
     assert response.status_code == 200
     assert decode_png(response.content).size == Image.open(SAMPLE).size
+
+
+def test_explain_uncalibrated_model_has_no_verdict(trained_store, tmp_path):
+    import shutil
+
+    from service.config import Settings
+    from service.main import create_app
+    from service_testing import gray_image, png_bytes
+
+    store = tmp_path / "store"
+    shutil.copytree(trained_store / "uncalibrated", store / "uncalibrated")
+    settings = Settings(model_store=store, device="cpu", energy_tracking=False)
+    with TestClient(create_app(settings)) as client:
+        files = {"file": ("tile.png", png_bytes(gray_image()), "image/png")}
+        response = client.post("/explain/uncalibrated", files=files)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["threshold"] is None
+        assert body["is_anomalous"] is None
+        assert body["score"] > 0
+
+        picture = client.post("/explain/uncalibrated?format=png&output=mask", files=files)
+        assert picture.status_code == 200
+        assert picture.headers["X-Is-Anomalous"] == "unknown"
+
+        info = client.get("/models/uncalibrated").json()
+        assert info["score_threshold"] is None

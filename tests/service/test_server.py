@@ -24,7 +24,11 @@ def shared_server(exported_store: Path, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("shared_server")
     store = folder / "model_store"
     shutil.copytree(exported_store, store)
-    server = UvicornServer(store, folder / "uvicorn.log", AEXAD_MAX_UPLOAD_BYTES="200000")
+    # Batching is off by default on the CPU; this server turns it on so the
+    # concurrency test exercises shared model calls.
+    server = UvicornServer(
+        store, folder / "uvicorn.log", AEXAD_MAX_UPLOAD_BYTES="200000", AEXAD_MAX_BATCH_SIZE="8"
+    )
     try:
         server.wait_ready()
         yield server
