@@ -13,7 +13,7 @@ STORE ?= model_store
 # Demo model: trained once on the sample shipped in the repository.
 DEMO_DATA ?= samples/magnetic_tile
 DEMO_CLASS ?= magnetic_tile
-DEMO_EPOCHS ?= 20
+DEMO_EPOCHS ?= 60
 DEMO_IMAGE_SIZE ?= 128
 # The tested torch pair. pyproject.toml accepts older releases too, so this
 # pin is installed first to keep pip from picking another build.
