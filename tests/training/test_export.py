@@ -140,17 +140,3 @@ def test_bad_image_rank_raises(saved):
     with pytest.raises(Exception, match="channels, height, width"):
         scripted(torch.rand(64, 64), 1.0)
 
-
-def test_decoder_branch_one_equals_upsample_first():
-    from torch.nn import functional as F
-
-    from training.model import Decoder
-
-    latent = torch.randn(2, 64, 7, 7, generator=torch.Generator().manual_seed(0))
-    decoder = Decoder(64, 1)
-    reference = torch.tanh(F.interpolate(latent, scale_factor=8.0, mode="nearest"))
-    reference = reference.reshape(2, 8, 8, 56, 56).sum(dim=2)
-    branch_two = decoder.branch(latent)
-    expected = decoder.head(reference * branch_two + branch_two)
-    torch.testing.assert_close(decoder(latent), expected, atol=1e-5, rtol=1e-5)
-    assert decoder(latent).shape == (2, 1, 56, 56)
