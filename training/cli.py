@@ -138,6 +138,136 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+_EVALUATE_EPILOG = """\
+The test images are the data set's test split minus the images the model
+trained on and its calibration images, as listed in its model.json. The
+report folder gets report.json, report.md and figures/*.png; model.json gets
+the headline metrics under "metrics" and the energy under "energy.evaluation".
+
+example:
+  python -m training evaluate --model model_store/magnetic_tile --data ../shared/datasets/magnetic_tile
+"""
+
+_ABLATION_EPILOG = """\
+Trains the plain autoencoder (MSE loss, normal images only) and AE-XAD with
+the same settings, seed and split, evaluates both, and compares AE, AE ∪ F
+(AE error clipped and filtered), AE-XAD \\ F (unfiltered) and AE-XAD.
+Both models go into --store, not into the service's model store.
+
+example:
+  python -m training ablation --data ../shared/datasets/magnetic_tile --class-name magnetic_tile --epochs 20
+"""
+
+
+def _count(minimum: int):
+    """Return an argparse type that accepts integers of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the evaluation step shared by ``evaluate`` and ``ablation``."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--examples", type=_count(0), default=6, metavar="N",
+                       help="test images shown in the example figure, one per defect type and a normal one "
+                            "(default: %(default)s)")
+    group.add_argument("--evaluate-batch-size", type=_count(1), default=8, metavar="N",
+                       help="test images per model call (default: %(default)s)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import EvaluateConfig, evaluate_model
+    from training.report import fmt
+
+    result = evaluate_model(
+        EvaluateConfig(
+            model_dir=args.model,
+            data=args.data,
+            manifest=args.manifest,
+            report_dir=args.report,
+            device=args.device,
+            batch_size=args.evaluate_batch_size,
+            examples=args.examples,
+            country=args.country,
+            measure_energy=not args.no_energy,
+            progress=not args.no_progress,
+        )
+    )
+    pixel = result.report["pixel"]["heatmap"]["class"]
+    detection = result.report["detection"]
+    print(f"report written to {result.report_dir}")
+    print(
+        f"{pixel['images']} anomalous images: pixel AUC {fmt(pixel['auc'])} | F1 {fmt(pixel['f1'])} | "
+        f"IoU {fmt(pixel['iou'])} | image AUC {fmt(detection['auc'])} over {detection['images']} images"
+    )
+    return 0
+
+
+def run_ablation_command(args: argparse.Namespace) -> int:
+    from training.evaluate import run_ablation
+    from training.report import fmt
+
+    result = run_ablation(
+        fit_config_from_args(args),
+        report_dir=args.report,
+        store=args.store,
+        evaluate_batch_size=args.evaluate_batch_size,
+        examples=args.examples,
+    )
+    print(f"ablation report written to {result.report_dir}")
+    for name, row in result.report["methods"].items():
+        values = row["class"]
+        print(f"{name:>11}: pixel AUC {fmt(values['auc'])} | F1 {fmt(values['f1'])} | IoU {fmt(values['iou'])}")
+    return 0
+
+
+def add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` and ``ablation`` subcommands."""
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="evaluate a trained model and write a report",
+        description="Evaluate an exported model on the test images it did not train on.",
+        epilog=_EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate_parser.add_argument("--model", type=Path, required=True, metavar="DIR",
+                                 help="model folder with model.pt and model.json, e.g. model_store/NAME")
+    evaluate_parser.add_argument("--data", type=Path, required=True,
+                                 help="data set folder (MVTec AD layout) or CSV manifest the model was trained on")
+    evaluate_parser.add_argument("--manifest", type=Path, default=None,
+                                 help="CSV manifest with columns image,mask,split[,defect_type]")
+    evaluate_parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                                 help="report folder (default: reports/<class name>)")
+    evaluate_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                                 help="auto uses CUDA when available (default: %(default)s)")
+    evaluate_parser.add_argument("--country", default=DEFAULT_COUNTRY, metavar="ISO3",
+                                 help="electricity grid for the CO2 estimate, ISO 3166-1 alpha-3 "
+                                      "(default: %(default)s)")
+    evaluate_parser.add_argument("--no-energy", action="store_true", help="do not measure energy with CodeCarbon")
+    evaluate_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_evaluation_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(handler=run_evaluate)
+
+    ablation_parser = commands.add_parser(
+        "ablation", help="train AE and AE-XAD on the same split and compare them",
+        description="Train the plain autoencoder and AE-XAD with the same settings and compare their explanations.",
+        epilog=_ABLATION_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ablation_parser.add_argument("--class-name", required=True, metavar="NAME",
+                                 help="product class; the models are stored as NAME-ae and NAME-aexad")
+    ablation_parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                                 help="report folder (default: reports/NAME-ablation)")
+    ablation_parser.add_argument("--store", type=Path, default=None, metavar="DIR",
+                                 help="model store for the two models (default: <report>/models)")
+    add_fit_arguments(ablation_parser)
+    add_evaluation_arguments(ablation_parser)
+    ablation_parser.set_defaults(handler=run_ablation_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -159,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_arguments(fit_parser)
     fit_parser.set_defaults(handler=run_fit)
 
+    add_evaluation_commands(commands)
     return parser
 
 
