@@ -358,7 +358,8 @@ def _ablation_wins(report: dict[str, Any]) -> list[str]:
         "## Probability of winning",
         "",
         "Share of images on which the row method's metric is strictly greater than the column method's "
-        "(ties count as no win).",
+        "(ties count as no win). The F1 and IoU tables agree because an image's IoU is F1 / (2 − F1), "
+        "which preserves the order.",
         "",
     ]
     for metric in ("auc", "f1", "iou"):
@@ -417,6 +418,29 @@ def _ablation_costs(report: dict[str, Any]) -> list[str]:
         "",
         "Energy covers training plus evaluation of each model.",
         "",
+        *_ablation_tradeoff(report),
+    ]
+
+
+def _ablation_tradeoff(report: dict[str, Any]) -> list[str]:
+    from training.metrics import tradeoff_score
+
+    # AE and AE ∪ F come from the MSE model, the other two from the AE-XAD model.
+    model_of = {"AE": "AE", "AE ∪ F": "AE", "AE-XAD \\ F": "AE-XAD", "AE-XAD": "AE-XAD"}
+    rows = []
+    for method, row in report["methods"].items():
+        grams = report["models"][model_of[method]]["energy"]["total_grams"]
+        cells = []
+        for metric in ("auc", "f1", "iou"):
+            value = row["class"][metric]
+            cells.append("–" if grams is None or value is None else fmt(tradeoff_score(grams, value), 4))
+        rows.append([method, *cells])
+    return [
+        "Trade-off score T(m) = E / (m / (1 − m)) with E in grams of CO₂eq of the method's model "
+        "(lower is better, ∞ when m = 0):",
+        "",
+        table(["method", "T(pixel AUC)", "T(F1)", "T(IoU)"], rows),
+        "",
     ]
 
 
@@ -451,6 +475,17 @@ def render_ablation(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rerender_markdown(report_dir: Path) -> None:
+    """Write ``report.md`` again from ``report.json``, for example after a change of the layout.
+
+    The figures are left as they are, because drawing them needs the maps,
+    which ``report.json`` does not store.
+    """
+    report = json.loads((Path(report_dir) / REPORT_FILE).read_text(encoding="utf-8"))
+    render = render_ablation if report.get("kind") == "ablation" else render_evaluation
+    (Path(report_dir) / MARKDOWN_FILE).write_text(render(report), encoding="utf-8")
 
 
 def write_ablation_report(
