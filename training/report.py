@@ -141,7 +141,7 @@ def plot_sweep(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 axis.plot(*zip(*points), marker="o", label=name)
         axis.set_xlabel("threshold multiplier a")
         axis.set_ylabel(f"mean {metric.upper()}")
-        axis.set_ylim(0, 1)
+        axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     _save(figure, path)
@@ -477,15 +477,23 @@ def render_ablation(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rerender_markdown(report_dir: Path) -> None:
-    """Write ``report.md`` again from ``report.json``, for example after a change of the layout.
+def rerender_from_json(report_dir: Path) -> None:
+    """Write ``report.md`` and the sweep figure again from ``report.json``, for example after a layout change.
 
-    The figures are left as they are, because drawing them needs the maps,
+    The example figure is left as it is, because drawing it needs the maps,
     which ``report.json`` does not store.
     """
-    report = json.loads((Path(report_dir) / REPORT_FILE).read_text(encoding="utf-8"))
-    render = render_ablation if report.get("kind") == "ablation" else render_evaluation
-    (Path(report_dir) / MARKDOWN_FILE).write_text(render(report), encoding="utf-8")
+    report_dir = Path(report_dir)
+    report = json.loads((report_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    if report.get("kind") == "ablation":
+        plot_sweep(report["sweep"], report_dir / FIGURE_FOLDER / ABLATION_SWEEP_FIGURE)
+        markdown = render_ablation(report)
+    else:
+        methods = report["methods"]
+        sweeps = {methods[key]: report["pixel"][key]["sweep"] for key in ("heatmap", "error")}
+        plot_sweep(sweeps, report_dir / FIGURE_FOLDER / SWEEP_FIGURE)
+        markdown = render_evaluation(report)
+    (report_dir / MARKDOWN_FILE).write_text(markdown, encoding="utf-8")
 
 
 def write_ablation_report(

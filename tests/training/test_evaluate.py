@@ -25,7 +25,7 @@ from training.evaluate import (
 )
 from training.export import load_module, read_metadata
 from training.metrics import MULTIPLIERS
-from training.report import rerender_markdown
+from training.report import rerender_from_json
 from training.train import FitConfig, fit
 
 FAST = dict(epochs=1, image_size=32, batch_size=8, progress=False, anomalies_per_type=2)
@@ -309,7 +309,7 @@ def test_ablation_compares_four_methods(trained, tmp_path, monkeypatch):
     assert (report_dir / "figures" / "ablation_examples.png").is_file()
 
     (report_dir / "report.md").unlink()
-    rerender_markdown(report_dir)
+    rerender_from_json(report_dir)
     assert (report_dir / "report.md").read_text(encoding="utf-8") == markdown
     assert (report_dir / "ae" / "report.md").is_file()
     assert read_metadata(report_dir / "models" / "tiny-ae")["loss"] == "mse"
