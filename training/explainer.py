@@ -72,8 +72,11 @@ class Explainer(nn.Module):
         """Explain one prepared image ``(C, S, S)`` and return maps of ``height x width``."""
         raw, normalised = error_maps(image, reconstruction, self.target_kind, self.target_value)
         size = filter_size(normalised)
-        heatmap = gaussian_filter(normalised, size)
-        score = anomaly_score(raw, size)
+        # One filter call for both maps: the heatmap filters the normalised
+        # error, the score the raw error, with the same k̂.
+        filtered = gaussian_filter(torch.stack([normalised, raw]), size)
+        heatmap = filtered[0]
+        score = anomaly_score(raw, size, filtered[1])
 
         heatmap_full = resize_map(heatmap, height, width)
         return {
