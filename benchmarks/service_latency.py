@@ -198,27 +198,24 @@ def main() -> None:
     store = arguments.store.resolve()
     data = arguments.image.read_bytes()
     image = decode_image(data, max_pixels=1 << 40).tensor.to(arguments.device)
-    module = torch.jit.load(str(store / arguments.class_name / "model.pt"), map_location=arguments.device)
-    module.eval()
+
+    # Every torch call runs in one worker thread, as in the service. With GNU
+    # OpenMP, once a second thread has run torch operators, later calls in
+    # either thread ran about twice as slow on a 2-core CPU (19 ms against
+    # 35 ms for one 224 px image), which would distort the reference.
+    worker = ThreadPoolExecutor(max_workers=1)
+    module = worker.submit(
+        torch.jit.load, str(store / arguments.class_name / "model.pt"), map_location=arguments.device
+    ).result()
     print(f"image {arguments.image.name}: {image.shape[2]}x{image.shape[1]}, model input "
           f"{module.image_size} px, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {arguments.device}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
-    # The service calls the model from a worker thread. Intra-op thread pools
-    # can run several times slower in the main thread on a loaded CPU, so the
-    # bare model is measured in both threads and the faster one is the reference.
-    worker = ThreadPoolExecutor(max_workers=1)
-    singles = [
-        bare_single(module, image, arguments.requests, arguments.warmup),
-        worker.submit(bare_single, module, image, arguments.requests, arguments.warmup).result(),
-    ]
+    singles = [worker.submit(bare_single, module, image, arguments.requests, arguments.warmup).result()]
     batched = []
     for size in arguments.batch_sizes:
-        batched.append(bare_batched(module, image, size, arguments.requests, arguments.warmup))
         batched.append(worker.submit(bare_batched, module, image, size, arguments.requests, arguments.warmup).result())
     worker.shutdown()
-    for row, thread in zip(singles + batched, ["main", "worker"] * (1 + len(arguments.batch_sizes))):
-        row.setup += f" ({thread} thread)"
     rows = singles + batched
     best_single = min(singles, key=lambda row: row.p50_ms)
     best_batched = max(row.per_second for row in batched)

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     inference_workers: int = Field(
         default=1,
         ge=1,
-        description="Threads that run model calls; on a CPU one thread already uses every core.",
+        description=(
+            "Threads that run model loading and model calls. Keep 1 on a CPU: one thread already uses every "
+            "core, and a second thread running torch operators made every call about twice as slow."
+        ),
     )
     energy_tracking: bool = Field(
         default=True,

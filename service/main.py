@@ -181,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="aexad-model")
         state = ServiceState(
             settings=settings,
-            registry=ModelRegistry(settings.model_store, device),
+            registry=ModelRegistry(settings.model_store, device, executor),
             batchers=BatcherPool(
                 window_s=settings.batch_window_ms / 1000.0,
                 max_batch_size=max_batch_size,

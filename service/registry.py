@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,9 +98,10 @@ class ModelRegistry:
     reload never changes a model under a request that already started.
     """
 
-    def __init__(self, store: Path, device: torch.device) -> None:
+    def __init__(self, store: Path, device: torch.device, executor: Executor | None = None) -> None:
         self.store = store
         self.device = device
+        self.executor = executor
         self._snapshot = StoreSnapshot(models={}, failed={}, loaded_at=datetime.now(timezone.utc))
         self._reload_lock = asyncio.Lock()
 
@@ -116,7 +118,13 @@ class ModelRegistry:
         """
         async with self._reload_lock:
             previous = self._snapshot
-            snapshot = await asyncio.to_thread(self.scan, previous)
+            # Loading and warm-up run on the model executor, the only thread
+            # that runs torch operators. With GNU OpenMP, once a second thread
+            # had run them, every model call took about twice as long on a
+            # 2-core CPU (35 ms against 19 ms for one 224 px image). Without an
+            # executor the scan runs on asyncio's default one.
+            loop = asyncio.get_running_loop()
+            snapshot = await loop.run_in_executor(self.executor, self.scan, previous)
             self._snapshot = snapshot
             logger.info(
                 "model store %s scanned: %d loaded (%s), %d failed (%s)",
