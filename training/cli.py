@@ -126,14 +126,14 @@ def run_fit(args: argparse.Namespace) -> int:
     result = fit(fit_config_from_args(args))
     meta = result.metadata
     training = meta["training"]
-    threshold = meta["threshold"].get("calibration_count", 0)
+    calibration_count = meta["threshold"].get("calibration_count", 0)
     print(f"model written to {result.model_dir}")
     print(
         f"{meta['loss']} | {meta['backbone']['name']} | {meta['scenario']} | "
         f"{meta['counts']['train_normal']} normal + {meta['counts']['train_anomalous']} anomalous "
         f"({meta['counts']['augmented_anomalous']} augmented) | {training['epochs']} epochs | "
         f"final loss {training['final_loss']:.4g} | {training['seconds']:.1f} s | "
-        f"threshold from {threshold} held-out normal images"
+        f"threshold from {calibration_count} held-out normal images"
     )
     return 0
 
