@@ -57,10 +57,10 @@ class _Pending:
 class MicroBatcher:
     """Collect requests for one model and explain them in batches.
 
-    The first request of a batch waits at most `window_s` for others; a batch
-    closes early at `max_batch_size`. Model calls run one at a time in
-    `executor`, so requests that arrive during a call form the next batch and
-    the event loop never waits on the model.
+    The first request of a batch waits at most `window_s` for others, and a
+    batch closes early at `max_batch_size`. This batcher awaits each model call
+    in `executor` before it starts the next, so requests that arrive during a
+    call form the next batch and the event loop never waits on the model.
     """
 
     def __init__(

@@ -244,7 +244,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     With no normal items every item is anomalous and an epoch covers every
     anomalous item. With no anomalous items (the MSE baseline) every item is
-    normal. Every batch holds exactly ``batch_size`` items.
+    normal. Every batch contains exactly ``batch_size`` items.
 
     Each call to ``__iter__`` starts a new epoch. The order depends only on
     ``seed`` and the number of epochs iterated so far.

@@ -62,9 +62,9 @@ def track_energy(*, country: str = DEFAULT_COUNTRY, enabled: bool = True) -> Ite
         try:
             from codecarbon import OfflineEmissionsTracker
 
-            # CodeCarbon logs INFO and WARNING lines on every start (for
-            # example that several trackers may run at once) before it applies
-            # its own log_level; what matters to a user is in the report.
+            # CodeCarbon logs INFO and WARNING lines on every start, for
+            # example that several trackers may run at once, before it applies
+            # its own log_level. What matters to a user is in the report.
             logging.getLogger("codecarbon").setLevel(logging.ERROR)
             tracker = OfflineEmissionsTracker(
                 country_iso_code=country,

@@ -74,9 +74,10 @@ def _mean_run_length(binary: torch.Tensor) -> torch.Tensor:
 def filter_size(normalised: torch.Tensor) -> int:
     """Choose the Gaussian filter size ``k̂`` from the anomaly's run lengths.
 
-    The map is binarised at ``mean + std``; ``k̂`` is half the larger of the mean
-    run lengths of ones along rows and along columns, rounded, at least 1, and
-    at most ``(min(H, W) - 1) // 2`` so the ``(2k̂+1)`` kernel fits the image.
+    The map is binarised at ``mean + std``. ``k̂`` is half the larger of the
+    mean run lengths of ones along rows and along columns, rounded half to
+    even. It is at least 1 and at most ``(min(H, W) - 1) // 2``, so the
+    ``(2k̂+1)`` kernel fits the image.
     A constant map has no runs and gives 1.
 
     Args:

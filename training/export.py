@@ -57,7 +57,7 @@ def script_explainer(explainer: Explainer) -> torch.jit.ScriptModule:
     """Trace the explainer's network and script the explainer around it.
 
     The network is traced on a batch of two so that the batch dimension stays
-    symbolic; the traced graph is then checked on a batch of three.
+    symbolic. The traced graph is then checked on a batch of three.
     """
     explainer = explainer.eval()
     network = explainer.network.eval()

@@ -70,7 +70,7 @@ class FitConfig:
 
 @dataclass
 class FitResult:
-    """What a training run produced."""
+    """Output of a training run: the model folder and its metadata."""
 
     model_dir: Path
     metadata: dict[str, Any]
@@ -140,7 +140,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Resize a bool mask to ``(size, size)``, keeping pixels at least half covered by the defect.
 
     Nearest-neighbour resizing can drop a defect of a few pixels entirely when
-    the image shrinks; when the half-coverage rule leaves nothing, every pixel
+    the image shrinks. When the half-coverage rule leaves nothing, every pixel
     the defect touches is kept instead, so an annotated image stays annotated.
     """
     coverage = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
